@@ -35,7 +35,7 @@ class HyperNetField(nn.Module):
 
     def field_weights(self, t: torch.Tensor):
         """W, U [width, 2] and B [width] at time t (computed under the caller's autocast)."""
-        p = self.hyper(t.reshape(1, 1).float()).reshape(-1)
+        p = self.hyper(t.reshape(1, 1).to(self.hyper[0].weight.dtype)).reshape(-1)
         block = self.width * DIM
         w = p[:block].reshape(self.width, DIM)
         u = p[block:2 * block].reshape(self.width, DIM)
@@ -48,9 +48,10 @@ class HyperNetField(nn.Module):
         w, u, b = self.field_weights(t)
         # The pre-activation and the trace (a sum of `width` terms) are fp32 islands: in fp16
         # they lose the small differences that the log-density integrates.
+        island = torch.promote_types(z.dtype, torch.float32)  # at least fp32 (fp64 stays fp64)
         with torch.autocast(z.device.type, enabled=False):
-            w32, u32 = w.float(), u.float()
-            h = torch.tanh(z.float() @ w32.T + b.float())
+            w32, u32 = w.to(island), u.to(island)
+            h = torch.tanh(z.to(island) @ w32.T + b.to(island))
             trace = (1.0 - h * h) @ (u32 * w32).sum(dim=1) / self.width
         dz = h @ u / self.width  # low precision under autocast: the bulk of the work
         return dz, -trace
