@@ -46,6 +46,13 @@ class ButcherTableau:
     def stages(self) -> int:
         return len(self.b)
 
+    @property
+    def last_use(self) -> tuple[int, ...]:
+        """For each stage j, the last stage i whose input needs k_j (j itself if none)."""
+        return tuple(
+            max([j] + [i for i in range(j + 1, self.stages) if self.a[i][j] != 0.0]) for j in range(self.stages)
+        )
+
 
 def _tableau(name: str, a, b, c, order: int) -> ButcherTableau:
     # Written with exact fractions so that the float coefficients are correctly rounded.

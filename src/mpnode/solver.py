@@ -72,24 +72,34 @@ class SolveStats:
 
 
 def _increment(func, tableau: ButcherTableau, policy: PrecisionPolicy, y, t_n, h, stats, counter):
-    """Phi(y, t_n, h) = sum_i b_i k_i: vector field under the evaluation policy, sums in y's dtype."""
-    stages: list[torch.Tensor] = []
+    """Phi(y, t_n, h) = sum_i b_i k_i: vector field under the evaluation policy, sums in y's dtype.
+
+    Stage values stay in the dtype func returned (half the bytes under autocast) and are
+    upcast only where they are combined; each is dropped after its last use, and the
+    weighted sum is accumulated as the stages come, so few state-sized buffers live at once.
+    """
+    stages: list[torch.Tensor | None] = []
+    total = None
     for i in range(tableau.stages):
         with policy.accumulation():
             y_i = y
-            for a_ij, k_j in zip(tableau.a[i], stages):
+            for j, (a_ij, k_j) in enumerate(zip(tableau.a[i], stages)):
                 if a_ij != 0.0:
-                    y_i = y_i + (h * a_ij) * k_j
+                    y_i = y_i + (h * a_ij) * k_j.to(y.dtype)
             t_i = t_n + tableau.c[i] * h if tableau.c[i] != 0.0 else t_n
         with policy.evaluation():
             k_i = func(t_i, y_i)
+        del y_i
         setattr(stats, counter, getattr(stats, counter) + 1)
-        stages.append(k_i.to(y.dtype))
-    with policy.accumulation():
-        total = None
-        for b_i, k_i in zip(tableau.b, stages):
-            if b_i != 0.0:
-                total = b_i * k_i if total is None else total + b_i * k_i
+        stages.append(k_i)
+        with policy.accumulation():
+            if tableau.b[i] != 0.0:
+                weighted = tableau.b[i] * k_i.to(y.dtype)
+                total = weighted if total is None else total + weighted
+        for j in range(i + 1):
+            if stages[j] is not None and tableau.last_use[j] <= i:
+                stages[j] = None
+        del k_i
     return total
 
 
@@ -154,7 +164,7 @@ def _discrete_adjoint(problem, checkpoints, t, params, grad_outputs, needs_input
     steps = list(grid.steps())
     for n, k, j, m in reversed(steps):
         if j == m - 1:  # grid point n + 1 is output time k + 1
-            adjoint = adjoint + grad_outputs[k + 1]
+            adjoint.add_(grad_outputs[k + 1])
         adjoint_max = None
         if scaler.needs_adjoint_size:
             adjoint_max = adjoint.abs().max().item()
@@ -166,23 +176,25 @@ def _discrete_adjoint(problem, checkpoints, t, params, grad_outputs, needs_input
         checked = scaler.checks_finite and adjoint_max is not None and math.isfinite(adjoint_max)
         while True:
             step_out, inputs = _recompute_step(problem, checkpoints[n], times, k, j, m, params, want_t)
-            cotangent = (adjoint * scale).to(step_out.dtype)
-            vjp = torch.autograd.grad(step_out, inputs, cotangent, allow_unused=True)
+            cotangent = adjoint if scale == 1.0 else adjoint * scale
+            vjp = torch.autograd.grad(step_out, inputs, cotangent.to(step_out.dtype), allow_unused=True)
+            del step_out, cotangent
             if not checked or _all_finite(vjp):
                 break
-            if not bool(torch.isfinite(step_out).all()):
+            if not _forward_step_finite(problem, checkpoints[n], times, k, j, m):
                 break  # the forward step itself is non-finite: no scale can help, let it propagate
             scale = scaler.after_overflow(n, scale, adjoint_max)
         scaler.after_success(scale)
         problem.stats.scales.append(scale)
         inv_scale = 1.0 / scale
-        adjoint = adjoint + vjp[0].to(acc) * inv_scale
+        adjoint.add_(vjp[0], alpha=inv_scale)
         for acc_grad, g in zip(param_grads, vjp[1 : 1 + len(params)]):
             if g is not None:
                 acc_grad.add_(g.to(acc_grad.dtype), alpha=inv_scale)
         if want_t:
             _accumulate_time_grad(grad_t, vjp[-2], vjp[-1], k, j, m, inv_scale)
-    adjoint = adjoint + grad_outputs[0]
+        del vjp
+    adjoint.add_(grad_outputs[0])
 
     grad_y0 = adjoint.to(problem.y0_dtype) if needs_input_grad[1] else None
     grad_t_out = grad_t.to(t.dtype) if want_t else None
@@ -206,6 +218,12 @@ def _recompute_step(problem, checkpoint, times, k, j, m, params, want_t):
     if want_t:
         inputs += [t_n, h]
     return step_out, inputs
+
+
+def _forward_step_finite(problem, checkpoint, times, k, j, m) -> bool:
+    with torch.no_grad():
+        step_out, _ = _recompute_step(problem, checkpoint, times, k, j, m, [], False)
+    return bool(torch.isfinite(step_out).all())
 
 
 def _all_finite(tensors: Sequence[torch.Tensor | None]) -> bool:

@@ -1,0 +1,113 @@
+"""Peak-memory meter and device-synchronized timer for CUDA and the CPU.
+
+CUDA: the caching allocator's statistics (``max_memory_allocated``), cheap enough for
+every iteration. CPU: the torch profiler's memory events (every allocation and free of
+the CPU allocator, with its size), summed in time order to give the peak of live tensor
+bytes. That costs profiling overhead, so measure selected iterations on the CPU.
+Both report bytes *above the level at entry*: what the measured block added at its peak.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+__all__ = ["PeakMemoryMeter", "DeviceTimer", "synchronize", "describe_device"]
+
+
+def _as_device(device: Any) -> torch.device:
+    if isinstance(device, torch.Tensor):
+        return device.device
+    return torch.device(device if device is not None else "cpu")
+
+
+def synchronize(device: Any = None) -> None:
+    """Wait for the device's queued work (a no-op on the CPU)."""
+    device = _as_device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class PeakMemoryMeter:
+    """``with PeakMemoryMeter(device) as m: ...`` then ``m.peak_bytes``.
+
+    ``peak_bytes``: the largest number of bytes allocated at once inside the block, beyond
+    what was allocated when it was entered. ``end_bytes``: what was still allocated (beyond
+    the entry level) when it was left.
+    """
+
+    def __init__(self, device: Any = "cpu") -> None:
+        self.device = _as_device(device)
+        self.peak_bytes = 0
+        self.end_bytes = 0
+        self._profiler = None
+        self._start = 0
+
+    def __enter__(self) -> "PeakMemoryMeter":
+        if self.device.type == "cuda":
+            synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._start = torch.cuda.memory_allocated(self.device)
+        elif self.device.type == "cpu":
+            from torch.profiler import ProfilerActivity, profile
+
+            self._profiler = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+            self._profiler.__enter__()
+        else:
+            raise ValueError(f"PeakMemoryMeter supports 'cuda' and 'cpu' devices; got {self.device}")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            synchronize(self.device)
+            self.peak_bytes = torch.cuda.max_memory_allocated(self.device) - self._start
+            self.end_bytes = torch.cuda.memory_allocated(self.device) - self._start
+            return
+        self._profiler.__exit__(*exc)
+        events = sorted(
+            (e.start_ns(), e.nbytes())
+            for e in self._profiler.profiler.kineto_results.events()
+            if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU
+        )
+        self._profiler = None
+        live = peak = 0
+        for _, nbytes in events:
+            live += nbytes
+            peak = max(peak, live)
+        self.peak_bytes, self.end_bytes = peak, live
+
+
+class DeviceTimer:
+    """``with DeviceTimer(device) as timer: ...`` then ``timer.seconds`` (device work included)."""
+
+    def __init__(self, device: Any = "cpu") -> None:
+        self.device = _as_device(device)
+        self.seconds = 0.0
+        self._t0 = 0.0
+
+    def __enter__(self) -> "DeviceTimer":
+        synchronize(self.device)
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        synchronize(self.device)
+        self.seconds = time.perf_counter() - self._t0
+
+
+def describe_device(device: Any = None) -> str:
+    """A human-readable device name: the GPU's name, or the CPU's model and thread count."""
+    device = _as_device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    name = "CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{name} ({torch.get_num_threads()} threads)"
