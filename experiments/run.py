@@ -52,7 +52,7 @@ def main(cfg: DictConfig) -> str:
         log.error("refused: %s", err)
         sys.exit(2)
     if outcome.by_signal:
-        raise KeyboardInterrupt
+        sys.exit(130)  # Ctrl-C: stop the sweep too (the run itself is checkpointed and resumable)
     return outcome.status
 
 
