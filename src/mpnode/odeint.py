@@ -126,8 +126,17 @@ def _make_grid(t: torch.Tensor, options) -> Grid:
         step_size = step_size.item()
     if isinstance(step_size, bool) or not isinstance(step_size, (int, float)) or not math.isfinite(step_size) or step_size <= 0:
         raise ValueError(f"options['step_size'] must be a positive finite number; got {step_size!r}")
-    # A relative tolerance keeps e.g. 1 / (1/127) from becoming 128 steps through rounding.
-    return Grid(tuple(max(1, math.ceil(d / step_size * (1 - 1e-9))) for d in intervals))
+    return Grid(substeps_for(intervals, step_size, t.dtype))
+
+
+def substeps_for(intervals: Sequence[float], step_size: float, time_dtype: torch.dtype) -> tuple[int, ...]:
+    """Equal steps per output interval, the fewest with length <= step_size.
+
+    The tolerance of a few units of the time dtype's roundoff keeps e.g. an interval of
+    fp32 2.65 split by 2.65 / 399 at 399 steps instead of 400.
+    """
+    tol = max(1e-9, 16 * torch.finfo(time_dtype).eps)
+    return tuple(max(1, math.ceil(d / step_size * (1 - tol))) for d in intervals)
 
 
 def _resolve_params(func, params) -> list[torch.Tensor]:
