@@ -204,6 +204,7 @@ class Training:
     # ------------------------------------------------------------------------------- loop
     def run(self) -> Outcome:
         self._segment_start = time.perf_counter()
+        self._warm = False
         config = OmegaConf.to_container(self.cfg, resolve=True)
         self.tracker = make_tracker(self.cfg.logger, config, self.rd.path, self.cfg.run_id, self.tracker_id)
         self.tracker_id = self.tracker.run_id
@@ -264,10 +265,16 @@ class Training:
                 except FloatingPointError as err:  # e.g. mpnode.AdjointScalingError
                     raise _Diverged(f"{type(err).__name__} in the backward pass at iteration {i}: {err}") from err
         self._step_optimizer(i)
-        self.window.add(loss_value, forward.seconds, backward.seconds, meter.peak_bytes if measure else None)
-        self.totals["forward_s"] += forward.seconds
-        self.totals["backward_s"] += backward.seconds
-        self.totals["iterations_timed"] += 1
+        # CPU iterations under the profiler-based memory meter are slowed by it: keep them out of
+        # the timings. The first iteration of a process pays one-off costs: out of the summary.
+        timed = not (measure and self.device.type == "cpu")
+        self.window.add(loss_value, forward.seconds if timed else None, backward.seconds if timed else None,
+                        meter.peak_bytes if measure else None)
+        if timed and self._warm:
+            self.totals["forward_s"] += forward.seconds
+            self.totals["backward_s"] += backward.seconds
+            self.totals["iterations_timed"] += 1
+        self._warm = True
         if measure:
             previous = self.totals["peak_memory_bytes"] or 0
             self.totals["peak_memory_bytes"] = max(previous, meter.peak_bytes)
@@ -379,7 +386,8 @@ class Training:
         self.rd.truncate_metrics(self.iteration)
 
     def _summary(self, status: str, reason: str | None) -> dict[str, Any]:
-        n = max(self.totals["iterations_timed"], 1)
+        n = self.totals["iterations_timed"]
+        mean = (lambda x: x / n) if n else (lambda x: None)
         return {
             "status": status,
             "reason": reason,
@@ -393,9 +401,10 @@ class Training:
             "primary_metric": self.task.primary_metric,
             "time": {
                 "wall_s": self._elapsed(),
-                "forward_s_mean": self.totals["forward_s"] / n,
-                "backward_s_mean": self.totals["backward_s"] / n,
-                "iteration_s_mean": (self.totals["forward_s"] + self.totals["backward_s"]) / n,
+                "forward_s_mean": mean(self.totals["forward_s"]),
+                "backward_s_mean": mean(self.totals["backward_s"]),
+                "iteration_s_mean": mean(self.totals["forward_s"] + self.totals["backward_s"]),
+                "iterations_timed": n,
             },
             "memory": {"peak_bytes_max": self.totals["peak_memory_bytes"], "measured_on": "every iteration" if self.device.type == "cuda" else "evaluation iterations"},
             "scalers": self.integrator.summary(),
@@ -421,26 +430,29 @@ class Training:
 
 
 class _Window:
-    """Means over the iterations since the last evaluation row."""
+    """Means over the iterations since the last evaluation row (timings over the timed ones)."""
 
     def __init__(self):
         self.n = 0
+        self.n_timed = 0
         self.loss = self.forward = self.backward = 0.0
         self.peak: int | None = None
 
-    def add(self, loss: float, forward: float, backward: float, peak: int | None) -> None:
+    def add(self, loss: float, forward: float | None, backward: float | None, peak: int | None) -> None:
         self.n += 1
         self.loss += loss
-        self.forward += forward
-        self.backward += backward
+        if forward is not None and backward is not None:
+            self.n_timed += 1
+            self.forward += forward
+            self.backward += backward
         if peak is not None:
             self.peak = max(self.peak or 0, peak)
 
     def means(self) -> dict[str, float | None]:
-        n = max(self.n, 1)
+        timed = self.n_timed > 0
         return {
-            "train_loss": self.loss / n,
-            "time_forward_s": self.forward / n,
-            "time_backward_s": self.backward / n,
+            "train_loss": self.loss / max(self.n, 1),
+            "time_forward_s": self.forward / self.n_timed if timed else None,
+            "time_backward_s": self.backward / self.n_timed if timed else None,
             "peak_memory_bytes": self.peak,
         }
