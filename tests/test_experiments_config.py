@@ -111,6 +111,15 @@ def test_matrix_preset_sweeps_the_paper_matrix():
     assert params["task.dataset"].split(",") == ["checkerboard", "8gaussians", "2spirals"]
     assert len(params["setting"].split(",")) == 6
     assert params["solver"].split(",") == ["mpnode", "torchdiffeq"]
+    check = compose_cfg(["experiment=cnf2d_precision_check"], hydra_cfg=True)
+    assert check.solver.name == "mpnode" and check.task.dataset == "2spirals"
+    assert check.hydra.sweeper.params["setting"].split(",") == ["fp32", "bf16", "fp16-dynamic"]
+
+
+def test_profile_sets_threads():
+    assert compose_cfg(["profile=quick"]).threads == 1
+    assert compose_cfg(["profile=paper"]).threads is None
+    assert compose_cfg(["profile=quick", "threads=2"]).threads == 2
 
 
 @pytest.mark.parametrize("launcher,target", [
