@@ -4,7 +4,8 @@
     python -m experiments.run -m experiment=cnf2d_matrix hydra/launcher=local threads=1
 
 See conf/README.md for the config groups. Exit codes: 0 for finished, diverged, skipped (so sweeps
-go on) and stop_after; 2 for a refused configuration in a single run; 130 after Ctrl-C.
+go on) and stop_after; 2 for a refused configuration in a single run; 130 after Ctrl-C. In a
+multirun, a job that fails unexpectedly is recorded (status "failed") and the sweep goes on.
 """
 from __future__ import annotations
 
@@ -51,6 +52,12 @@ def main(cfg: DictConfig) -> str:
             return "refused"
         log.error("refused: %s", err)
         sys.exit(2)
+    except Exception:
+        if not multirun:
+            raise
+        # Recorded as status "failed" in the run's summary.json; the other jobs still run.
+        log.exception("job failed")
+        return "failed"
     if outcome.by_signal:
         sys.exit(130)  # Ctrl-C: stop the sweep too (the run itself is checkpointed and resumable)
     return outcome.status

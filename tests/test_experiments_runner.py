@@ -46,8 +46,10 @@ def model_columns(rows):
 
 @pytest.mark.parametrize("setting", ["fp32", "bf16"])
 def test_short_training_decreases_loss_and_fills_the_run_dir(tmp_path, setting):
+    threads = torch.get_num_threads()
     out = run(tmp_path, f"setting={setting}", "train.iterations=40", "train.eval_every=10")
     assert out.status == "finished"
+    assert torch.get_num_threads() == threads  # process-global settings are restored
     rd = RunDir(out.run_dir)
     rows = rd.read_metrics()
     assert [r["iteration"] for r in rows] == [10, 20, 30, 40]

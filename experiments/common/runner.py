@@ -78,7 +78,21 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path, *, multirun: bool = Fal
         rd.prepare_fresh(bool(cfg.overwrite))
         rd.config.write_text(OmegaConf.to_yaml(cfg, resolve=True))
         rd.write_json(rd.env, describe_environment(device))
-    return Training(cfg, rd, device, checkpoint).run()
+    with _restored_process_settings():
+        return Training(cfg, rd, device, checkpoint).run()
+
+
+@contextlib.contextmanager
+def _restored_process_settings():
+    """A run sets process-global knobs (threads, TF32 flags); put them back afterwards, so that
+    runs made in-process (tests, notebooks) do not change what runs after them."""
+    threads = torch.get_num_threads()
+    tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
 
 
 def _wants_resume(cfg: DictConfig, rd: RunDir) -> bool:
