@@ -65,6 +65,7 @@ def test_short_training_decreases_loss_and_fills_the_run_dir(tmp_path, setting):
     assert all(r["peak_memory_bytes"] > 0 for r in rows)
     env = json.loads(rd.env.read_text())
     assert {"device_name", "torch", "cuda", "git_commit", "git_dirty", "hostname", "python"} <= set(env)
+    assert env["threads"] == 1  # the run's setting (threads=1), not the process default
     assert "precision:" in rd.config.read_text() and rd.checkpoint.exists()
     assert (rd.figures / "density.png").stat().st_size > 1000
     if setting == "bf16":  # training and fp32 evaluation both logged; they differ by rounding only

@@ -67,18 +67,20 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path, *, multirun: bool = Fal
         _record_skip(rd, cfg, str(err))
         return Outcome("skipped", str(err), rd.path)
 
-    if resuming:
-        checkpoint = rd.load_checkpoint()
-        env = rd.read_json(rd.env) if rd.env.exists() else {}
-        env.setdefault("resumes", []).append({"iteration": checkpoint["iteration"], **describe_environment(device)})
-        rd.write_json(rd.env, env)
-        log.info("resuming %s from iteration %d", rd.path, checkpoint["iteration"])
-    else:
-        checkpoint = None
-        rd.prepare_fresh(bool(cfg.overwrite))
-        rd.config.write_text(OmegaConf.to_yaml(cfg, resolve=True))
-        rd.write_json(rd.env, describe_environment(device))
     with _restored_process_settings():
+        if cfg.threads:
+            torch.set_num_threads(int(cfg.threads))  # before env.json, which records it
+        if resuming:
+            checkpoint = rd.load_checkpoint()
+            env = rd.read_json(rd.env) if rd.env.exists() else {}
+            env.setdefault("resumes", []).append({"iteration": checkpoint["iteration"], **describe_environment(device)})
+            rd.write_json(rd.env, env)
+            log.info("resuming %s from iteration %d", rd.path, checkpoint["iteration"])
+        else:
+            checkpoint = None
+            rd.prepare_fresh(bool(cfg.overwrite))
+            rd.config.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+            rd.write_json(rd.env, describe_environment(device))
         return Training(cfg, rd, device, checkpoint).run()
 
 
@@ -184,8 +186,6 @@ class Training:
         self.train_cfg = cfg.train
         self.total = int(cfg.train.iterations)
         seed_everything(int(cfg.seed))
-        if cfg.threads:
-            torch.set_num_threads(int(cfg.threads))
         self.precision = RunPrecision(cfg.precision.name, cfg.scaling.name, device)
         self.precision.apply_backend_flags()
         self.integrator = Integrator(
