@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-all bench clean
+.PHONY: install test test-all run bench gpu-checks clean
 
 install: $(STAMP)
 
@@ -20,8 +20,15 @@ test: install
 test-all: install
 	$(PY) -m pytest -q -m ""
 
+# The main job: a quick CNF training (fp32, mpnode, 2spirals). Extra Hydra overrides: make run ARGS="setting=bf16"
+run: install
+	$(PY) -m experiments.run task=cnf2d $(ARGS)
+
 bench: install
-	$(PY) scripts/bench_core.py
+	$(PY) scripts/bench_core.py $(ARGS)
+
+gpu-checks: install
+	$(PY) scripts/gpu_checks.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build src/*.egg-info
