@@ -33,13 +33,13 @@ def row_for(summary_path: Path) -> dict[str, Any]:
     env = json.loads(env_path.read_text()) if env_path.exists() else {}
     final, best = summary.get("final") or {}, summary.get("best") or {}
     time, memory = summary.get("time") or {}, summary.get("memory") or {}
-    run_id = summary.get("run_id", "")
-    parts = run_id.split("/")
+    task = str(summary.get("task", ""))
+    variant = str(summary.get("variant", task))  # "<task>/<dataset>" for tasks with datasets
     commit = env.get("git_commit") or ""
     peak = memory.get("peak_bytes_max")
     return {
         "task": summary.get("task"),
-        "dataset": parts[1] if len(parts) > 3 else "",
+        "dataset": variant[len(task) + 1:] if variant.startswith(task + "/") else "",
         "setting": setting_name(summary.get("precision", ""), summary.get("scaling", "")),
         "solver": summary.get("solver"),
         "scheme": summary.get("scheme", ""),

@@ -27,13 +27,14 @@ def fake_run(root: Path, run_id: str, summary: dict, env: dict | None = None) ->
 def test_aggregate_writes_one_row_per_run_with_its_provenance(tmp_path):
     runs = tmp_path / "runs"
     common = {"task": "cnf2d", "profile": "quick", "seed": 42, "solver": "mpnode"}
-    fake_run(runs, "cnf2d/2spirals/fp16-dynamic-mpnode/seed42", {
+    common["variant"] = "cnf2d/2spirals"
+    fake_run(runs, "cnf2d/2spirals/quick/fp16-dynamic-mpnode/seed42", {
         **common, "precision": "fp16", "scaling": "dynamic", "status": "finished", "iteration": 400,
         "scheme": "rk4", "final": {"val_nll_fp32": 2.79, "val_nll": 2.80, "mmd": 0.001},
         "best": {"val_nll_fp32": 2.78}, "time": {"forward_s_mean": 0.1, "backward_s_mean": 0.3},
         "memory": {"peak_bytes_max": 2**21},
     }, env={"device_name": "Some GPU", "torch": "2.x", "git_commit": "abcdef1234567", "git_dirty": True})
-    fake_run(runs, "cnf2d/2spirals/fp16-dynamic-torchdiffeq/seed42", {
+    fake_run(runs, "cnf2d/2spirals/quick/fp16-dynamic-torchdiffeq/seed42", {
         **common, "solver": "torchdiffeq", "precision": "fp16", "scaling": "dynamic", "status": "skipped",
         "reason": "choose solver=mpnode",
     })

@@ -133,8 +133,10 @@ def test_launchers_compose(launcher, target):
 
 def test_run_dir_is_deterministic_and_resume_path_is_used():
     cfg = compose_cfg(["precision=fp16", "scaling=dynamic", "task.dataset=moons"], hydra_cfg=True)
-    assert cfg.hydra.run.dir == "runs/cnf2d/moons/fp16-dynamic-mpnode/seed42"
-    assert cfg.hydra.sweep.subdir == "cnf2d/moons/fp16-dynamic-mpnode/seed42"
+    assert cfg.hydra.run.dir == "runs/cnf2d/moons/quick/fp16-dynamic-mpnode/seed42"
+    assert cfg.hydra.sweep.subdir == "cnf2d/moons/quick/fp16-dynamic-mpnode/seed42"
+    # quick and paper runs of one setting never share a directory
+    assert compose_cfg(["profile=paper"]).run_id == "cnf2d/2spirals/paper/fp32-none-mpnode/seed42"
     resumed = compose_cfg(["resume=/somewhere/run"], hydra_cfg=True)
     assert resumed.hydra.run.dir == "/somewhere/run"
 
@@ -147,5 +149,5 @@ def test_single_run_refuses_invalid_combination_before_any_work(tmp_path):
     )
     assert proc.returncode == 2, proc.stderr
     assert "choose solver=mpnode" in proc.stdout + proc.stderr
-    run_dir = tmp_path / "cnf2d/2spirals/fp16-dynamic-torchdiffeq/seed42"
+    run_dir = tmp_path / "cnf2d/2spirals/quick/fp16-dynamic-torchdiffeq/seed42"
     assert not (run_dir / "config.yaml").exists() and not list(tmp_path.rglob("summary.json"))

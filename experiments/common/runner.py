@@ -142,6 +142,7 @@ def _identity(cfg: DictConfig) -> dict[str, Any]:
     return {
         "task": cfg.task.name,
         "run_id": cfg.run_id,
+        "variant": str(cfg.task.run_name),  # e.g. cnf2d/2spirals: the task and its dataset
         "precision": cfg.precision.name,
         "scaling": cfg.scaling.name,
         "solver": cfg.solver.name,
