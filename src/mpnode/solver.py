@@ -94,8 +94,10 @@ def _increment(func, tableau: ButcherTableau, policy: PrecisionPolicy, y, t_n, h
         stages.append(k_i)
         with policy.accumulation():
             if tableau.b[i] != 0.0:
-                weighted = tableau.b[i] * k_i.to(y.dtype)
-                total = weighted if total is None else total + weighted
+                if total is None:
+                    total = tableau.b[i] * k_i.to(y.dtype)
+                else:  # in place: nothing saved for backward depends on total's storage
+                    total.add_(k_i.to(y.dtype), alpha=tableau.b[i])
         for j in range(i + 1):
             if stages[j] is not None and tableau.last_use[j] <= i:
                 stages[j] = None
@@ -176,9 +178,13 @@ def _discrete_adjoint(problem, checkpoints, t, params, grad_outputs, needs_input
         checked = scaler.checks_finite and adjoint_max is not None and math.isfinite(adjoint_max)
         while True:
             step_out, inputs = _recompute_step(problem, checkpoints[n], times, k, j, m, params, want_t)
-            cotangent = adjoint if scale == 1.0 else adjoint * scale
-            vjp = torch.autograd.grad(step_out, inputs, cotangent.to(step_out.dtype), allow_unused=True)
-            del step_out, cotangent
+            # Scaling by a power of two in place is exact both ways and saves a state-sized copy.
+            adjoint.mul_(scale)
+            try:
+                vjp = torch.autograd.grad(step_out, inputs, adjoint.to(step_out.dtype), allow_unused=True)
+            finally:
+                adjoint.mul_(1.0 / scale)
+            del step_out
             if not checked or _all_finite(vjp):
                 break
             if not _forward_step_finite(problem, checkpoints[n], times, k, j, m):
@@ -205,16 +211,23 @@ def _discrete_adjoint(problem, checkpoints, t, params, grad_outputs, needs_input
 def _recompute_step(problem, checkpoint, times, k, j, m, params, want_t):
     """Rebuild step n's graph from its checkpoint; return h * Phi and the VJP inputs."""
     policy = problem.policy
-    y_low = checkpoint.detach().to(policy.state_dtype).requires_grad_(True)
+    # The VJP input is the checkpoint itself: its state-dtype copy below is then transient
+    # (autocast keeps its own low-precision cast for the backward), which keeps one
+    # state-sized buffer fewer alive during the VJP. The four stage contributions are still
+    # summed in the state's dtype; only their sum is rounded to the checkpoint dtype, an
+    # error of the same order as the low-precision VJP's own.
+    checkpoint = checkpoint.detach().requires_grad_(True)
     t_k, t_k1 = times[k], times[k + 1]
     h = ((t_k1 - t_k) / m).detach().requires_grad_(want_t)
     t_n = (t_k + j * h.detach()).detach().requires_grad_(want_t)
     with torch.enable_grad():
         h_state = h.to(policy.state_dtype)
+        y_low = checkpoint.to(policy.state_dtype)
         increment = _increment(problem.func, problem.tableau, policy, y_low, t_n, h_state, problem.stats, "n_backward_evals")
+        del y_low
         with policy.accumulation():
             step_out = h_state * increment
-    inputs = [y_low, *params]
+    inputs = [checkpoint, *params]
     if want_t:
         inputs += [t_n, h]
     return step_out, inputs
