@@ -20,6 +20,7 @@ import argparse
 import gc
 import json
 import math
+import os
 import platform
 import re
 import shlex
@@ -41,7 +42,8 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULTS = {
     # State-heavy on the CPU: the state (batch x state_dim) dominates memory, the MLP is thin;
     # small batch because bf16/fp16 matmul backward is very slow on CPUs without native bf16.
-    "cpu": dict(state_dim=2048, width=32, batch=64, steps=64, repeats=3),
+    # Width 16 keeps the parameters (and their gradients) at 1/8 of a state.
+    "cpu": dict(state_dim=2048, width=16, batch=128, steps=64, repeats=2),
     # Big enough for meaningful GPU timings; torchdiffeq fp32 stays well under 40 GB.
     "cuda": dict(state_dim=4096, width=1024, batch=4096, steps=64, repeats=10),
 }
@@ -102,8 +104,8 @@ def git_info():
     try:
         commit = run("git", "rev-parse", "HEAD")
         dirty = bool(run("git", "status", "--porcelain", "--untracked-files=no"))
-    except Exception:  # not a checkout, git missing
-        return {"commit": "unknown", "dirty": None}
+    except Exception:  # not a checkout (e.g. a copy of the tree on a GPU machine), git missing
+        return {"commit": os.environ.get("MPNODE_GIT_COMMIT", "unknown"), "dirty": os.environ.get("MPNODE_GIT_DIRTY")}
     return {"commit": commit, "dirty": dirty}
 
 
@@ -188,7 +190,20 @@ def rel_diff(a, b) -> float:
     return float((a - b).norm() / b.norm().clamp_min(1e-30))
 
 
-def bench_precision(precision, args, device, field, y0, log):
+def fp64_reference(args, device, field, y0):
+    """Final state and parameter gradients of the same scheme in float64: the yardstick of the
+    'err vs fp64' columns (roundoff of each solver/precision, not discretization error)."""
+    field64 = MLPField(args.state_dim, args.width).to(device).double()
+    field64.load_state_dict(field.state_dict())
+    y0_64 = y0.double()
+    sol = mpnode.odeint(field64, y0_64, torch.tensor([0.0, 1.0], dtype=torch.float64, device=device),
+                        method=args.method, options={"step_size": 1.0 / args.steps})
+    loss = sol[-1].pow(2).sum()
+    grads = torch.autograd.grad(loss, list(field64.parameters()))
+    return sol[-1].detach().float(), torch.cat([g.float().flatten() for g in grads])
+
+
+def bench_precision(precision, args, device, field, y0, log, reference=None):
     """Both solvers at one precision; returns {solver: result dict}."""
     results = {s: {"solver": s, "precision": precision} for s in SOLVERS}
     runners = {}
@@ -233,6 +248,10 @@ def bench_precision(precision, args, device, field, y0, log):
             results[s]["error"] = f"{type(e).__name__}: {e} (memory run)"
             log(f"  [{precision}/{s}] memory run failed: {results[s]['error']}")
 
+    if reference is not None:
+        for s, r in runners.items():
+            results[s]["err_y1_vs_fp64"] = rel_diff(r.y1, reference[0])
+            results[s]["err_grad_vs_fp64"] = rel_diff(r.grads, reference[1])
     if all(s in runners for s in SOLVERS):
         td, mp = runners["torchdiffeq"], runners["mpnode"]
         results["mpnode"]["rel_diff_y1"] = rel_diff(mp.y1, td.y1)
@@ -240,6 +259,10 @@ def bench_precision(precision, args, device, field, y0, log):
     for r in runners.values():
         r.y1 = r.grads = None
     return results
+
+
+def sci(x):
+    return "—" if x is None else f"{x:.1e}"
 
 
 def fmt_ratio(x):
@@ -260,7 +283,7 @@ def ratio(a, b):
 
 def build_table(rows, base):
     head = ("| precision | solver | fwd (ratio) | bwd (ratio) | fwd+bwd (ratio) | peak mem (ratio) | fwd | bwd | peak mem "
-            "| rel diff y(1) vs td | rel diff grad vs td | NFE fwd | status |")
+            "| rel diff y(1) vs td | rel diff grad vs td | err y(1) vs fp64 | err grad vs fp64 | NFE fwd | status |")
     sep = "|" + "|".join("---" for _ in range(head.count("|") - 1)) + "|"
     lines = [head, sep]
     for r in rows:
@@ -274,6 +297,7 @@ def build_table(rows, base):
             f"| {fmt_ratio(ratio(g('peak_bytes'), base.get('peak_bytes')))} "
             f"| {fmt_time(g('fwd_s'))} | {fmt_time(g('bwd_s'))} | {fmt_mib(g('peak_bytes'))} "
             f"| {'—' if rd is None else f'{rd:.1e}'} | {'—' if rg is None else f'{rg:.1e}'} "
+            f"| {sci(g('err_y1_vs_fp64'))} | {sci(g('err_grad_vs_fp64'))} "
             f"| {g('nfe_forward', '—')} | {status.replace('|', '/')} |"
         )
     return "\n".join(lines)
@@ -370,10 +394,12 @@ def main(argv=None):
     field = MLPField(args.state_dim, args.width).to(device)
     y0 = torch.randn(args.batch, args.state_dim, device=device)
 
+    log("[fp64 reference] running ...")
+    reference = fp64_reference(args, device, field, y0)
     res = {}
     for p in precisions:
         log(f"[{p}] running ...")
-        res[p] = bench_precision(p, args, device, field, y0, log)
+        res[p] = bench_precision(p, args, device, field, y0, log, reference)
         for s in SOLVERS:
             r = res[p][s]
             log(f"  {s:12s} fwd {fmt_time(r.get('fwd_s'))}  bwd {fmt_time(r.get('bwd_s'))}  peak {fmt_mib(r.get('peak_bytes'))}"
@@ -391,7 +417,8 @@ def main(argv=None):
               f"batch {args.batch}, loss = sum(y(1)^2). Low precision = `torch.autocast({device.type!r}, dtype)` around the "
               f"forward only; mpnode fp16 uses scaler=\"auto\" (dynamic). Ratios are to torchdiffeq fp32. Times: median of "
               f"{args.repeats} runs after a warm-up; peak memory: forward+backward above the entry level, separate untimed run. "
-              f"rel diff: ||mpnode - torchdiffeq|| / ||torchdiffeq|| at the same precision.\n")
+              f"rel diff: ||mpnode - torchdiffeq|| / ||torchdiffeq|| at the same precision; err vs fp64: relative error "
+              f"against the same scheme run by mpnode in float64 (pure roundoff of that solver and precision).\n")
     print()
     print(table)
     print()

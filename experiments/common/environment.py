@@ -1,6 +1,7 @@
 """What machine and code produced a run (env.json)."""
 from __future__ import annotations
 
+import os
 import platform
 import socket
 import subprocess
@@ -51,6 +52,8 @@ def git_state() -> dict[str, Any]:
 
     commit = git("rev-parse", "HEAD")
     status = git("status", "--porcelain", "--untracked-files=no")
+    if commit is None:  # a copy of the tree without .git (e.g. shipped to a GPU machine)
+        return {"git_commit": os.environ.get("MPNODE_GIT_COMMIT"), "git_dirty": os.environ.get("MPNODE_GIT_DIRTY")}
     return {"git_commit": commit, "git_dirty": None if status is None else bool(status)}
 
 
