@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-all run bench gpu-checks clean
+.PHONY: install test test-all run bench gpu-checks check-cnf2d reproduce-cnf2d reproduce-cnf2d-quick reproduce-all results clean
 
 install: $(STAMP)
 
@@ -29,6 +29,27 @@ bench: install
 
 gpu-checks: install
 	$(PY) scripts/gpu_checks.py $(ARGS)
+
+# Quick precision check: fp32, bf16, fp16-dynamic on 2spirals (CPU, about 10 minutes).
+check-cnf2d: install
+	$(PY) -m experiments.run -m experiment=cnf2d_precision_check
+
+# The paper's CNF matrix with the reference hyperparameters (a GPU); invalid jobs are skipped and
+# recorded, finished runs are kept (resume=true). On SLURM add: hydra/launcher=slurm hydra.launcher.partition=<p>
+reproduce-cnf2d: install
+	$(PY) -m experiments.run -m experiment=cnf2d_matrix profile=paper resume=true $(ARGS)
+	$(PY) scripts/aggregate.py --task cnf2d
+
+# The same matrix in the quick profile, 2 local jobs (CPU: hours, low precision is slow on CPUs).
+reproduce-cnf2d-quick: install
+	$(PY) -m experiments.run -m experiment=cnf2d_matrix hydra/launcher=local resume=true $(ARGS)
+	$(PY) scripts/aggregate.py --task cnf2d
+
+# Every task's matrix (otflow and stl10 join as they land), then the tables.
+reproduce-all: reproduce-cnf2d
+
+results: install
+	$(PY) scripts/aggregate.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build src/*.egg-info

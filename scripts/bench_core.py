@@ -20,12 +20,9 @@ import argparse
 import gc
 import json
 import math
-import os
 import platform
-import re
 import shlex
 import statistics
-import subprocess
 import sys
 import traceback
 from datetime import datetime, timezone
@@ -35,6 +32,7 @@ import torch
 from torch import nn
 
 import mpnode
+from experiments.common.environment import device_slug, git_state
 from mpnode.profiling import DeviceTimer, PeakMemoryMeter, describe_device
 
 REPO = Path(__file__).resolve().parent.parent
@@ -90,23 +88,9 @@ def parse_args(argv=None):
 TD_METHOD = {"rk38": "rk4", "euler": "euler", "midpoint": "midpoint"}
 
 
-def device_slug(device: torch.device) -> str:
-    if device.type == "cpu":
-        return "cpu"
-    name = torch.cuda.get_device_name(device)
-    return "cuda-" + re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-
-
-def git_info():
-    def run(*cmd):
-        return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
-
-    try:
-        commit = run("git", "rev-parse", "HEAD")
-        dirty = bool(run("git", "status", "--porcelain", "--untracked-files=no"))
-    except Exception:  # not a checkout (e.g. a copy of the tree on a GPU machine), git missing
-        return {"commit": os.environ.get("MPNODE_GIT_COMMIT", "unknown"), "dirty": os.environ.get("MPNODE_GIT_DIRTY")}
-    return {"commit": commit, "dirty": dirty}
+def _git() -> dict:
+    state = git_state()
+    return {"commit": state["git_commit"] or "unknown", "dirty": state["git_dirty"]}
 
 
 class Runner:
@@ -378,7 +362,7 @@ def main(argv=None):
         device=describe_device(device), device_slug=slug, torch=torch.__version__,
         torchdiffeq=getattr(torchdiffeq, "__version__", "unknown"), mpnode=mpnode.__version__,
         python=platform.python_version(), platform=platform.platform(), threads=torch.get_num_threads(),
-        cuda=torch.version.cuda if device.type == "cuda" else None, **git_info(),
+        cuda=torch.version.cuda if device.type == "cuda" else None, **_git(),
         command=" ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
         date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )

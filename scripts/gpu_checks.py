@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 import mpnode  # noqa: E402
 from mpnode.profiling import PeakMemoryMeter, describe_device  # noqa: E402
-from experiments.common.environment import describe_environment  # noqa: E402
+from experiments.common.environment import describe_environment, device_slug  # noqa: E402
 from tests.reference_scheme import MLPField, plain_odeint, rel_err  # noqa: E402
 from tests.test_core_scaling import Decay, analytic_gradients, A, B, C, N, T, Y0  # noqa: E402,F401
 
@@ -126,8 +126,7 @@ def main() -> int:
     meta = {**describe_environment(device), "profile": "gpu-checks", "command": " ".join(sys.argv)}
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    slug = "cpu" if device.type == "cpu" else "cuda-" + "-".join(describe_device(device).lower().split())
-    stem = out / f"core-checks-{slug}"
+    stem = out / f"core-checks-{device_slug(device)}"
     stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "checks": rows}, indent=2, default=str))
     lines = [f"# mpnode core checks on {describe_device(device)}", "",
              *[f"- {k}: {v}" for k, v in meta.items()], "",

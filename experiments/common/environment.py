@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import socket
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from mpnode.profiling import device_name
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -30,16 +32,11 @@ def describe_environment(device: torch.device) -> dict[str, Any]:
     }
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
+def device_slug(device: torch.device) -> str:
+    """A file-name-safe device tag for result files: "cpu" or e.g. "cuda-nvidia-h200"."""
+    if device.type != "cuda":
+        return device.type
+    return "cuda-" + re.sub(r"[^a-z0-9]+", "-", device_name(device).lower()).strip("-")
 
 
 def git_state() -> dict[str, Any]:

@@ -8,12 +8,13 @@ Both report bytes *above the level at entry*: what the measured block added at i
 """
 from __future__ import annotations
 
+import platform
 import time
 from typing import Any
 
 import torch
 
-__all__ = ["PeakMemoryMeter", "DeviceTimer", "synchronize", "describe_device"]
+__all__ = ["PeakMemoryMeter", "DeviceTimer", "synchronize", "device_name", "describe_device"]
 
 
 def _as_device(device: Any) -> torch.device:
@@ -96,18 +97,24 @@ class DeviceTimer:
         self.seconds = time.perf_counter() - self._t0
 
 
-def describe_device(device: Any = None) -> str:
-    """A human-readable device name: the GPU's name, or the CPU's model and thread count."""
+def device_name(device: Any = None) -> str:
+    """The GPU's name, or the CPU's model name."""
     device = _as_device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    name = "CPU"
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return f"{name} ({torch.get_num_threads()} threads)"
+    return platform.processor() or device.type
+
+
+def describe_device(device: Any = None) -> str:
+    """A human-readable device: the GPU's name, or the CPU's model and torch's thread count."""
+    device = _as_device(device)
+    if device.type == "cuda":
+        return device_name(device)
+    return f"{device_name(device)} ({torch.get_num_threads()} threads)"
