@@ -88,3 +88,19 @@ def test_only_requested_outputs_are_kept_in_high_precision():
     stats, _ = _run(torch.bfloat16, measure=False)
     assert stats.output_bytes == 2 * 64 * 1024 * 4
     assert stats.n_steps == 128 and stats.n_forward_evals == 4 * 128
+
+
+def test_inference_keeps_no_checkpoints_and_computes_the_same():
+    """Under torch.no_grad no backward can come: no checkpoints are stored, and the solution
+    is bitwise the one of a differentiable solve (same arithmetic, same rounding)."""
+    torch.manual_seed(0)
+    field = Wide()
+    y0 = torch.randn(8, 1024)
+    t = torch.tensor([0.0, 1.0])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.no_grad():
+            stats = mpnode.SolveStats()
+            inference = mpnode.odeint(field, y0, t, options={"step_size": 0.1}, stats=stats)
+        trained = mpnode.odeint(field, y0, t, options={"step_size": 0.1})
+    assert stats.checkpoint_bytes == 0 and stats.n_steps == 10
+    assert trained.requires_grad and torch.equal(inference, trained.detach())

@@ -111,28 +111,33 @@ class _FixedGridSolve(torch.autograd.Function):
         policy, grid = problem.policy, problem.grid
         times = t.detach().to(problem.time_dtype)
         outputs = torch.empty((len(t),) + tuple(y0.shape), dtype=policy.state_dtype, device=y0.device)
-        checkpoints = torch.empty((grid.n_steps,) + tuple(y0.shape), dtype=policy.checkpoint_dtype, device=y0.device)
+        # Without a backward to come (inference, torch.no_grad), no checkpoints are kept:
+        # memory stays O(1) in the number of steps, and the arithmetic is the same.
+        keep = problem.differentiable
+        shape = (grid.n_steps if keep else 1,) + tuple(y0.shape)
+        checkpoints = torch.empty(shape, dtype=policy.checkpoint_dtype, device=y0.device)
         y = y0.detach().to(policy.state_dtype)
         outputs[0] = y
         for n, k, j, m in grid.steps():
             h = (times[k + 1] - times[k]) / m
             t_n = times[k] + j * h
-            checkpoints[n] = y
+            slot = n if keep else 0
+            checkpoints[slot] = y
             # Phi reads exactly what the backward will read: the checkpoint.
-            y_low = checkpoints[n].to(policy.state_dtype) if policy.checkpoint_dtype != policy.state_dtype else y
+            y_low = checkpoints[slot].to(policy.state_dtype) if policy.checkpoint_dtype != policy.state_dtype else y
             increment = _increment(problem.func, problem.tableau, policy, y_low, t_n, h.to(y.dtype), problem.stats, "n_forward_evals")
             with policy.accumulation():
                 y = y + h.to(y.dtype) * increment
             if j == m - 1:
                 outputs[k + 1] = y
         ctx.problem = problem
-        ctx.checkpoints = checkpoints
+        ctx.checkpoints = checkpoints if keep else None
         ctx.save_for_backward(t, *params)
         stats = problem.stats
         stats.n_steps = grid.n_steps
         stats.eval_dtype = policy.eval_dtype
         stats.checkpoint_dtype = policy.checkpoint_dtype
-        stats.checkpoint_bytes = checkpoints.numel() * checkpoints.element_size()
+        stats.checkpoint_bytes = checkpoints.numel() * checkpoints.element_size() if keep else 0
         stats.output_bytes = outputs.numel() * outputs.element_size()
         return outputs
 
@@ -264,6 +269,7 @@ class _Problem:
     stats: SolveStats
     time_dtype: torch.dtype
     y0_dtype: torch.dtype
+    differentiable: bool
 
 
 def solve(func, y0, t, params, tableau, policy, grid, scaler, stats) -> torch.Tensor:
@@ -277,6 +283,8 @@ def solve(func, y0, t, params, tableau, policy, grid, scaler, stats) -> torch.Te
         stats=stats,
         time_dtype=torch.promote_types(t.dtype, policy.state_dtype),
         y0_dtype=y0.dtype,
+        # autograd.Function reports needs_input_grad even under no_grad: decide here.
+        differentiable=torch.is_grad_enabled() and any(x.requires_grad for x in (y0, t, *params)),
     )
     stats.method = tableau.name
     return _FixedGridSolve.apply(problem, y0, t, *params)
