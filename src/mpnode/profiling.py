@@ -8,6 +8,7 @@ Both report bytes *above the level at entry*: what the measured block added at i
 """
 from __future__ import annotations
 
+import os
 import platform
 import time
 from typing import Any
@@ -51,6 +52,10 @@ class PeakMemoryMeter:
             torch.cuda.reset_peak_memory_stats(self.device)
             self._start = torch.cuda.memory_allocated(self.device)
         elif self.device.type == "cpu":
+            # A CUDA build of torch on a machine without a GPU makes the profiler log a
+            # misleading "ERROR ... gpuGetDeviceCount failed" line at every start; kineto reads
+            # this level when first used (a value the user set wins).
+            os.environ.setdefault("KINETO_LOG_LEVEL", "5")
             from torch.profiler import ProfilerActivity, profile
 
             self._profiler = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
