@@ -70,13 +70,19 @@ class PeakMemoryMeter:
             self.peak_bytes = torch.cuda.max_memory_allocated(self.device) - self._start
             self.end_bytes = torch.cuda.memory_allocated(self.device) - self._start
             return
-        self._profiler.__exit__(*exc)
+        profiler, self._profiler = self._profiler, None
+        profiler.__exit__(*exc)
+        results = profiler.profiler
         events = sorted(
             (e.start_ns(), e.nbytes())
-            for e in self._profiler.profiler.kineto_results.events()
+            for e in results.kineto_results.events()
             if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU
         )
-        self._profiler = None
+        # Drop the recorded trace now: holding it (or letting a cycle hold it) costs hundreds
+        # of MiB per measured training step.
+        results.kineto_results = None
+        results._function_events = None
+        del results, profiler
         live = peak = 0
         for _, nbytes in events:
             live += nbytes
