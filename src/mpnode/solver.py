@@ -189,12 +189,13 @@ def _discrete_adjoint(problem, checkpoints, t, params, grad_outputs, needs_input
                 vjp = torch.autograd.grad(step_out, inputs, adjoint.to(step_out.dtype), allow_unused=True)
             finally:
                 adjoint.mul_(1.0 / scale)
-            del step_out
             if not checked or _all_finite(vjp):
                 break
-            if not _forward_step_finite(problem, checkpoints[n], times, k, j, m):
+            if not bool(torch.isfinite(step_out).all()):
                 break  # the forward step itself is non-finite: no scale can help, let it propagate
+            del step_out, vjp
             scale = scaler.after_overflow(n, scale, adjoint_max)
+        del step_out
         scaler.after_success(scale)
         problem.stats.scales.append(scale)
         inv_scale = 1.0 / scale
@@ -236,12 +237,6 @@ def _recompute_step(problem, checkpoint, times, k, j, m, params, want_t):
     if want_t:
         inputs += [t_n, h]
     return step_out, inputs
-
-
-def _forward_step_finite(problem, checkpoint, times, k, j, m) -> bool:
-    with torch.no_grad():
-        step_out, _ = _recompute_step(problem, checkpoint, times, k, j, m, [], False)
-    return bool(torch.isfinite(step_out).all())
 
 
 def _all_finite(tensors: Sequence[torch.Tensor | None]) -> bool:
