@@ -44,7 +44,8 @@ def main(cfg: DictConfig) -> str:
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     try:
-        outcome = run_experiment(cfg, hydra_cfg.runtime.output_dir, multirun=multirun)
+        outcome = run_experiment(
+            cfg, hydra_cfg.runtime.output_dir, multirun=multirun, overrides=list(hydra_cfg.overrides.task))
     except (InvalidCombination, RunDirExists, FileNotFoundError) as err:
         if multirun:
             # One bad job must not stop the sweep; its reason is in the log.

@@ -94,6 +94,24 @@ def test_resume_after_a_stop_matches_the_uninterrupted_run_bit_for_bit(tmp_path)
     assert run(tmp_path / "b", *common, "resume=true").status == "finished"
 
 
+def test_resume_warns_only_about_typed_values_it_ignores(tmp_path, caplog):
+    common = ["train.iterations=4", "train.eval_every=2", "train.checkpoint_every=2"]
+    stopped = run(tmp_path, *common, "stop_after=2")
+    # A bare resume: the command line's defaults differ from the saved run (iterations, eval_every),
+    # but the user typed none of them, so there is nothing to warn about.
+    cfg = make_cfg(tmp_path, "resume=true", "stop_after=3")
+    with caplog.at_level("WARNING", logger="experiments.common.runner"):
+        assert run_experiment(cfg, stopped.run_dir, overrides=["resume=true", "stop_after=3"]).status == "interrupted"
+    assert "ignoring" not in caplog.text
+    # A typed value the resume must ignore (it would change the experiment) is named.
+    cfg = make_cfg(tmp_path, *common, "resume=true", "train.optimizer.lr=0.5")
+    with caplog.at_level("WARNING", logger="experiments.common.runner"):
+        outcome = run_experiment(cfg, stopped.run_dir, overrides=[*common, "resume=true", "train.optimizer.lr=0.5"])
+    assert outcome.status == "finished"
+    assert "ignoring different values for: train.optimizer.lr " in caplog.text
+    assert RunDir(outcome.run_dir).read_metrics()[-1]["lr"] != 0.5
+
+
 def test_fresh_run_refuses_an_existing_run_dir_unless_overwrite(tmp_path):
     run(tmp_path, "train.iterations=2", "train.eval_every=2")
     with pytest.raises(RunDirExists, match="resume=true"):

@@ -16,7 +16,7 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -48,11 +48,16 @@ class Outcome:
     by_signal: bool = False
 
 
-def run_experiment(cfg: DictConfig, run_dir: str | Path, *, multirun: bool = False) -> Outcome:
+def run_experiment(
+    cfg: DictConfig, run_dir: str | Path, *, multirun: bool = False, overrides: Sequence[str] | None = None
+) -> Outcome:
+    """`overrides`: the command line's explicit `key=value` overrides (Hydra's task overrides). A
+    resume warns only about those of them it ignores; None (a programmatic call) warns about every
+    value of `cfg` that differs from the saved run."""
     rd = RunDir(run_dir)
     resuming = _wants_resume(cfg, rd)
     if resuming:
-        cfg = _config_for_resume(rd, cfg)
+        cfg = _config_for_resume(rd, cfg, overrides)
         previous = rd.read_json(rd.summary) if rd.summary.exists() else {}
         if previous.get("status") in ("finished", "diverged"):
             log.info("%s: already %s at iteration %s; nothing to resume", rd.path, previous["status"], previous.get("iteration"))
@@ -107,16 +112,29 @@ def _wants_resume(cfg: DictConfig, rd: RunDir) -> bool:
     return True
 
 
-def _config_for_resume(rd: RunDir, cfg: DictConfig) -> DictConfig:
+def _config_for_resume(rd: RunDir, cfg: DictConfig, overrides: Sequence[str] | None) -> DictConfig:
     saved = OmegaConf.load(rd.config)
     given = OmegaConf.to_container(cfg, resolve=True)
     for key in RESUME_OVERRIDABLE:
         if key in given:
             OmegaConf.update(saved, key, given[key], merge=False)
-    ignored = _differences(OmegaConf.to_container(saved, resolve=True), given)
-    if ignored:
-        log.warning("resume uses the run's saved config.yaml; ignoring different values for: %s", ", ".join(ignored))
+    differing = _differences(OmegaConf.to_container(saved, resolve=True), given)
+    if overrides is not None:
+        # A bare `resume=DIR` differs from the saved run in every default of the command line
+        # (profile, run_root, ...): not worth a warning. What the user typed and we ignore is.
+        typed = [_override_key(o) for o in overrides]
+        differing = [d for d in differing if any(d == k or d.startswith(k + ".") for k in typed)]
+    if differing:
+        log.warning(
+            "resume continues the run as saved in %s; ignoring different values for: %s "
+            "(to change them, start a new run instead)", rd.config, ", ".join(differing))
     return saved
+
+
+def _override_key(override: str) -> str:
+    """'task.dataset=moons' -> 'task.dataset'; '+x=1', '~x', 'precision@foo=fp16' -> 'x', 'x', 'precision'."""
+    key = override.split("=", 1)[0].lstrip("+~")
+    return key.split("@", 1)[0]
 
 
 def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
