@@ -2,6 +2,11 @@
 
     python scripts/aggregate.py                      # every run under runs/
     python scripts/aggregate.py --runs runs --out results --task cnf2d
+    python scripts/aggregate.py --runs runs --runs /scratch/paper --task cnf2d --copy-run-files
+
+--copy-run-files also copies each run's record (summary.json, env.json, config.yaml, metrics.csv and
+figures/; not the checkpoint or W&B files) to <out>/<task>/runs/<run_id>/, so that a committed table
+keeps the evidence behind each of its rows.
 
 One row per run directory (any status; skipped and diverged runs say why), stamped with the device,
 torch version, commit and profile that produced it, read from the run's own summary.json and
@@ -12,6 +17,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,8 +25,11 @@ from typing import Any
 COLUMNS = [
     "task", "dataset", "setting", "solver", "scheme", "profile", "seed", "status", "iteration",
     "val_nll_fp32", "val_nll", "mmd", "best_val_nll_fp32", "forward_ms", "backward_ms", "peak_mib",
-    "device", "torch", "commit", "reason", "run_dir",
+    "device", "torch", "commit", "resumes", "reason", "run_dir",
 ]
+# The run's record: what --copy-run-files copies next to the tables.
+RUN_RECORD_FILES = ("summary.json", "env.json", "config.yaml", "metrics.csv")
+RUN_RECORD_DIRS = ("figures",)
 
 
 def setting_name(precision: str, scaling: str) -> str:
@@ -56,20 +65,39 @@ def row_for(summary_path: Path) -> dict[str, Any]:
         "peak_mib": peak / 2**20 if peak else "",
         "device": env.get("device_name", ""),
         "torch": env.get("torch", ""),
-        "commit": (commit[:10] + ("+dirty" if env.get("git_dirty") else "")) if commit else "",
+        "commit": _short_commit(env),
+        # A resumed run may have continued on another commit or machine: say where and on what.
+        "resumes": " ".join(f"{r.get('iteration')}@{_short_commit(r)}" for r in env.get("resumes", [])),
         "reason": summary.get("reason") or "",
         "run_dir": str(summary_path.parent),
     }
 
 
-def collect(runs: Path, task: str | None) -> dict[str, list[dict[str, Any]]]:
+def _short_commit(env: dict[str, Any]) -> str:
+    commit = env.get("git_commit") or ""
+    return (commit[:10] + ("+dirty" if env.get("git_dirty") else "")) if commit else ""
+
+
+def copy_run_record(run_dir: Path, dest: Path) -> None:
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in RUN_RECORD_FILES:
+        if (run_dir / name).is_file():
+            shutil.copy2(run_dir / name, dest / name)
+    for name in RUN_RECORD_DIRS:
+        if (run_dir / name).is_dir():
+            shutil.copytree(run_dir / name, dest / name, dirs_exist_ok=True)
+
+
+def collect(roots: list[Path], task: str | None) -> dict[str, list[dict[str, Any]]]:
     tables: dict[str, list[dict[str, Any]]] = {}
-    for path in sorted(runs.rglob("summary.json")):
-        if ".submitit" in path.parts:
-            continue
-        row = row_for(path)
-        if task is None or row["task"] == task:
-            tables.setdefault(str(row["task"]), []).append(row)
+    for root in roots:
+        for path in sorted(root.rglob("summary.json")):
+            if ".submitit" in path.parts:
+                continue
+            row = row_for(path)
+            row["_root"] = root  # for --copy-run-files; not a column
+            if task is None or row["task"] == task:
+                tables.setdefault(str(row["task"]), []).append(row)
     for rows in tables.values():
         rows.sort(key=lambda r: (str(r["dataset"]), str(r["setting"]), str(r["solver"]), str(r["profile"]), str(r["seed"])))
     return tables
@@ -84,7 +112,7 @@ def fmt(value: Any) -> str:
 def write_tables(rows: list[dict[str, Any]], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     with (out / "runs.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     shown = [c for c in COLUMNS if c not in ("run_dir",)]
@@ -99,18 +127,32 @@ def write_tables(rows: list[dict[str, Any]], out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=Path, default=Path("runs"), help="root of the run directories (default: runs)")
+    parser.add_argument("--runs", type=Path, action="append",
+                        help="root of the run directories; repeat it to combine roots (default: runs)")
     parser.add_argument("--out", type=Path, default=Path("results"), help="results root (default: results)")
     parser.add_argument("--task", default=None, help="only this task (default: all)")
+    parser.add_argument("--copy-run-files", action="store_true",
+                        help="copy each run's summary, env, config, metrics and figures to <out>/<task>/runs/<run_id>/")
     args = parser.parse_args(argv)
-    if not args.runs.is_dir():
-        print(f"--runs {args.runs}: no such directory; run experiments first or pass --runs", file=sys.stderr)
-        return 2
-    tables = collect(args.runs, args.task)
+    roots = args.runs or [Path("runs")]
+    for root in roots:
+        if not root.is_dir():
+            print(f"--runs {root}: no such directory; run experiments first or pass --runs", file=sys.stderr)
+            return 2
+    tables = collect(roots, args.task)
     if not tables:
-        print(f"no summary.json under {args.runs}", file=sys.stderr)
+        print(f"no summary.json under {', '.join(map(str, roots))}", file=sys.stderr)
         return 1
     for task, rows in tables.items():
+        if args.copy_run_files:
+            for row in rows:
+                source = Path(row["run_dir"])
+                relative = source.resolve().relative_to(row["_root"].resolve())
+                if relative.parts[:1] == (task,):  # run ids start with the task: no need to say it twice
+                    relative = relative.relative_to(task)
+                relative = Path("runs") / relative
+                copy_run_record(source, args.out / task / relative)
+                row["run_dir"] = str(relative)  # the table points at the copy it ships with
         write_tables(rows, args.out / task)
         print(f"{args.out / task}: {len(rows)} runs")
     return 0

@@ -48,3 +48,31 @@ def test_aggregate_writes_one_row_per_run_with_its_provenance(tmp_path):
     assert rows[1]["reason"] == "choose solver=mpnode"
     assert "| 2spirals | fp16-dynamic | mpnode |" in (tmp_path / "results" / "cnf2d" / "runs.md").read_text()
     assert "\\begin{tabular}" in (tmp_path / "results" / "cnf2d" / "runs.tex").read_text()
+
+
+def test_copy_run_files_ships_each_rows_record_and_names_resumes(tmp_path):
+    runs = tmp_path / "runs"
+    run_id = "cnf2d/2spirals/paper/fp32-none-mpnode/seed42"
+    fake_run(runs, run_id, {"task": "cnf2d", "variant": "cnf2d/2spirals", "precision": "fp32", "scaling": "none",
+                            "status": "finished", "final": {"val_nll_fp32": 2.67}}, env={
+        "git_commit": "1111111111aaaa", "resumes": [{"iteration": 600, "git_commit": "2222222222bbbb", "git_dirty": False}]})
+    (runs / run_id / "metrics.csv").write_text("iteration,val_nll_fp32\n2000,2.67\n")
+    (runs / run_id / "checkpoint.pt").write_bytes(b"weights")
+    (runs / run_id / "figures").mkdir()
+    (runs / run_id / "figures" / "density.png").write_bytes(b"png")
+    out = tmp_path / "results"
+    other = tmp_path / "other_root"  # a second root (e.g. the quick runs beside a long paper run)
+    fake_run(other, "cnf2d/2spirals/quick/fp32-none-mpnode/seed42", {"task": "cnf2d", "variant": "cnf2d/2spirals",
+                                                                     "precision": "fp32", "scaling": "none", "status": "finished"})
+    args = ["--runs", str(runs), "--runs", str(other), "--out", str(out), "--copy-run-files"]
+    assert load_aggregate().main(args) == 0
+    copied = out / "cnf2d" / "runs/2spirals/paper/fp32-none-mpnode/seed42"
+    assert sorted(p.name for p in copied.iterdir()) == ["env.json", "figures", "metrics.csv", "summary.json"]
+    assert (copied / "figures" / "density.png").read_bytes() == b"png"
+    with (out / "cnf2d" / "runs.csv").open() as f:
+        rows = {r["run_dir"]: r for r in csv.DictReader(f)}
+    row = rows["runs/2spirals/paper/fp32-none-mpnode/seed42"]
+    assert "runs/2spirals/quick/fp32-none-mpnode/seed42" in rows
+    assert (out / "cnf2d" / "runs/2spirals/quick/fp32-none-mpnode/seed42" / "summary.json").is_file()
+    assert row["run_dir"] == "runs/2spirals/paper/fp32-none-mpnode/seed42"  # relative: no machine paths
+    assert row["commit"] == "1111111111" and row["resumes"] == "600@2222222222"
