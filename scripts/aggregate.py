@@ -25,7 +25,7 @@ from typing import Any
 COLUMNS = [
     "task", "dataset", "setting", "solver", "scheme", "profile", "seed", "status", "iteration",
     "val_nll_fp32", "val_nll", "mmd", "best_val_nll_fp32", "forward_ms", "backward_ms", "peak_mib",
-    "device", "torch", "commit", "resumes", "reason", "run_dir",
+    "wall_s", "device", "torch", "commit", "resumes", "reason", "run_dir",
 ]
 # The run's record: what --copy-run-files copies next to the tables.
 RUN_RECORD_FILES = ("summary.json", "env.json", "config.yaml", "metrics.csv")
@@ -63,6 +63,7 @@ def row_for(summary_path: Path) -> dict[str, Any]:
         "forward_ms": 1e3 * time["forward_s_mean"] if "forward_s_mean" in time else "",
         "backward_ms": 1e3 * time["backward_s_mean"] if "backward_s_mean" in time else "",
         "peak_mib": peak / 2**20 if peak else "",
+        "wall_s": time.get("wall_s", ""),  # the whole run (evaluations included), summed over resumed segments
         "device": env.get("device_name", ""),
         "torch": env.get("torch", ""),
         "commit": _short_commit(env),

@@ -31,7 +31,7 @@ def test_aggregate_writes_one_row_per_run_with_its_provenance(tmp_path):
     fake_run(runs, "cnf2d/2spirals/quick/fp16-dynamic-mpnode/seed42", {
         **common, "precision": "fp16", "scaling": "dynamic", "status": "finished", "iteration": 400,
         "scheme": "rk4", "final": {"val_nll_fp32": 2.79, "val_nll": 2.80, "mmd": 0.001},
-        "best": {"val_nll_fp32": 2.78}, "time": {"forward_s_mean": 0.1, "backward_s_mean": 0.3},
+        "best": {"val_nll_fp32": 2.78}, "time": {"forward_s_mean": 0.1, "backward_s_mean": 0.3, "wall_s": 95.5},
         "memory": {"peak_bytes_max": 2**21},
     }, env={"device_name": "Some GPU", "torch": "2.x", "git_commit": "abcdef1234567", "git_dirty": True})
     fake_run(runs, "cnf2d/2spirals/quick/fp16-dynamic-torchdiffeq/seed42", {
@@ -43,7 +43,7 @@ def test_aggregate_writes_one_row_per_run_with_its_provenance(tmp_path):
         rows = list(csv.DictReader(f))
     assert [(r["setting"], r["solver"], r["status"]) for r in rows] == [
         ("fp16-dynamic", "mpnode", "finished"), ("fp16-dynamic", "torchdiffeq", "skipped")]
-    assert float(rows[0]["val_nll_fp32"]) == 2.79 and float(rows[0]["peak_mib"]) == 2.0
+    assert float(rows[0]["val_nll_fp32"]) == 2.79 and float(rows[0]["peak_mib"]) == 2.0 and float(rows[0]["wall_s"]) == 95.5
     assert rows[0]["commit"] == "abcdef1234+dirty" and rows[0]["device"] == "Some GPU"
     assert rows[1]["reason"] == "choose solver=mpnode"
     assert "| 2spirals | fp16-dynamic | mpnode |" in (tmp_path / "results" / "cnf2d" / "runs.md").read_text()
