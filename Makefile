@@ -30,7 +30,7 @@ bench: install
 gpu-checks: install
 	$(PY) scripts/gpu_checks.py $(ARGS)
 
-# Quick precision check: fp32, bf16, fp16-dynamic on 2spirals (CPU, about 10 minutes), then the tables.
+# Quick precision check: fp32, bf16, fp16-dynamic on 2spirals (2-core CPU: 4 minutes alone, ~10 shared), then the tables.
 check-cnf2d: install
 	$(PY) -m experiments.run -m experiment=cnf2d_precision_check resume=true $(ARGS)
 	$(PY) scripts/aggregate.py --task cnf2d --copy-run-files

@@ -76,3 +76,22 @@ def test_copy_run_files_ships_each_rows_record_and_names_resumes(tmp_path):
     assert (out / "cnf2d" / "runs/2spirals/quick/fp32-none-mpnode/seed42" / "summary.json").is_file()
     assert row["run_dir"] == "runs/2spirals/paper/fp32-none-mpnode/seed42"  # relative: no machine paths
     assert row["commit"] == "1111111111" and row["resumes"] == "600@2222222222"
+
+
+def test_copy_run_files_replaces_stale_records_and_refuses_clashes(tmp_path):
+    summary = {"task": "cnf2d", "variant": "cnf2d/moons", "precision": "fp32", "scaling": "none", "status": "finished"}
+    runs, out = tmp_path / "runs", tmp_path / "results"
+    fake_run(runs, "cnf2d/moons/quick/fp32-none-mpnode/seed1", summary)
+    stale = out / "cnf2d" / "runs" / "moons/quick/fp32-none-mpnode/seed0"  # a row an earlier aggregation had
+    stale.mkdir(parents=True)
+    aggregate = load_aggregate()
+    assert aggregate.main(["--runs", str(runs), "--out", str(out), "--copy-run-files"]) == 0
+    assert not stale.exists()
+    assert (out / "cnf2d" / "runs" / "moons/quick/fp32-none-mpnode/seed1" / "summary.json").is_file()
+    # The same run id in two roots would overwrite one record with the other: refused, before any copy.
+    fake_run(tmp_path / "elsewhere", "cnf2d/moons/quick/fp32-none-mpnode/seed1", summary)
+    args = ["--runs", str(runs), "--runs", str(tmp_path / "elsewhere"), "--out", str(out), "--copy-run-files"]
+    assert aggregate.main(args) == 2
+    # A root inside the records folder would be deleted by the replacement: refused.
+    assert aggregate.main(["--runs", str(out / "cnf2d" / "runs"), "--out", str(out), "--copy-run-files"]) == 2
+    assert (out / "cnf2d" / "runs" / "moons/quick/fp32-none-mpnode/seed1" / "summary.json").is_file()
